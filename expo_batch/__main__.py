@@ -1,0 +1,3 @@
+from expo_batch.cli import main
+
+main()
