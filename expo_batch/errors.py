@@ -44,7 +44,9 @@ class ManifestError(ExpoError):
         self.problems = problems
         head = "manifest is invalid" if len(problems) != 1 else "manifest is invalid"
         body = "\n".join(f"  {p}" for p in problems)
-        super().__init__(f"{head} ({len(problems)} problem{'s' * (len(problems) != 1)}):\n{body}", hint)
+        super().__init__(
+            f"{head} ({len(problems)} problem{'s' * (len(problems) != 1)}):\n{body}", hint
+        )
 
 
 class CheckpointError(ExpoError):

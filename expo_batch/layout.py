@@ -1,15 +1,15 @@
 """Where every artifact of a run lives: the one place that knows the folder layout.
 
-    outputs/<run>/
-      ledger.sqlite, run.log, results.{md,csv,json}, summary.png
-      pairs/<pair>/
-        pair.json       the pair as run: spec, effective settings, resolved revisions
-        preflight.json  compatibility, sizes, delta diagnostics
-        alpha-0.30/generations.jsonl, rewards.jsonl, metrics.json
-        sweep.json      every candidate's metrics and the selection
-        sweep.png
-        model/        the selected checkpoint with its README.md card
-        exports/      answers for the official judges
+outputs/<run>/
+  ledger.sqlite, run.log, results.{md,csv,json}, summary.png
+  pairs/<pair>/
+    pair.json       the pair as run: spec, effective settings, resolved revisions
+    preflight.json  compatibility, sizes, delta diagnostics
+    alpha-0.30/generations.jsonl, rewards.jsonl, metrics.json
+    sweep.json      every candidate's metrics and the selection
+    sweep.png
+    model/        the selected checkpoint with its README.md card
+    exports/      answers for the official judges
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 # The order of a pair's stages, for status displays.
-STAGES = ("resolve", "fetch", "preflight", "sweep", "select", "materialize", "card")
+STAGES = ("resolve", "check", "fetch", "preflight", "sweep", "select", "materialize", "card")
 
 
 def fingerprint(**parts: Any) -> str:
@@ -121,7 +121,12 @@ class Ledger:
         self._set(pair, unit, fp, "running")
 
     def done(
-        self, pair: str, unit: str, fp: str, *, artifact: str | Path | None = None,
+        self,
+        pair: str,
+        unit: str,
+        fp: str,
+        *,
+        artifact: str | Path | None = None,
         info: dict[str, Any] | None = None,
     ) -> None:
         self._set(pair, unit, fp, "done", artifact=str(artifact) if artifact else None, info=info)
@@ -139,6 +144,13 @@ class Ledger:
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._event(pair, unit, fp, "skip")
+
+    def forget(self, pair: str) -> None:
+        """Drop a pair's units (``run --fresh``); its events stay as history."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM units WHERE pair=?", (pair,))
+            self._event(pair, "*", "-", "forget")
 
     # ----------------------------------------------------------------------------------- reads
 
@@ -175,7 +187,7 @@ class Ledger:
             q += " AND event=?"
             args.append(event)
         cols = ("time", "pair", "unit", "fingerprint", "event", "detail")
-        return [dict(zip(cols, r)) for r in self._db.execute(q + " ORDER BY id", args)]
+        return [dict(zip(cols, r, strict=True)) for r in self._db.execute(q + " ORDER BY id", args)]
 
     def pair_names(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT DISTINCT pair FROM units ORDER BY pair")]

@@ -49,7 +49,9 @@ class PromptsConfig(_Strict):
     @model_validator(mode="after")
     def _one_source(self) -> PromptsConfig:
         if (self.dataset is None) == (self.path is None):
-            raise ValueError("give exactly one of 'dataset' (a Hub dataset id) or 'path' (a local file)")
+            raise ValueError(
+                "give exactly one of 'dataset' (a Hub dataset id) or 'path' (a local file)"
+            )
         return self
 
 
@@ -79,7 +81,9 @@ class ScorerConfig(_Strict):
     @model_validator(mode="after")
     def _one_source(self) -> ScorerConfig:
         if (self.model is None) == (self.function is None):
-            raise ValueError("give exactly one of 'model' (a reward model) or 'function' (module:function)")
+            raise ValueError(
+                "give exactly one of 'model' (a reward model) or 'function' (module:function)"
+            )
         if self.function is not None and not re.match(r"^[\w.]+:[\w]+$", self.function):
             raise ValueError(f"function {self.function!r} must look like 'package.module:function'")
         if self.model is not None:
@@ -100,7 +104,8 @@ class SelectionConfig(_Strict):
     """The selection rule: the paper's (best mean reward, or none) plus optional guards."""
 
     min_gain: float = 0.0
-    """A candidate must beat the baseline's mean reward by more than this."""
+    """A candidate must beat the baseline's mean reward by more than this (negative: accept the
+    best candidate even when it scores below the baseline)."""
     bootstrap_samples: int = Field(default=2000, ge=100)
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
     max_truncation_increase: float | None = Field(default=None, ge=0, le=1)
@@ -131,10 +136,14 @@ class Settings(_Strict):
     @classmethod
     def _grid(cls, v: tuple[float, ...]) -> tuple[float, ...]:
         if not v:
-            raise ValueError("the alpha grid is empty: give at least one alpha, e.g. [0.1, 0.3, 0.5]")
+            raise ValueError(
+                "the alpha grid is empty: give at least one alpha, e.g. [0.1, 0.3, 0.5]"
+            )
         bad = [a for a in v if a <= -1]
         if bad:
-            raise ValueError(f"alpha must be greater than -1 (got {bad[0]}): -1 is the SFT model itself")
+            raise ValueError(
+                f"alpha must be greater than -1 (got {bad[0]}): -1 is the SFT model itself"
+            )
         return tuple(sorted({float(a) for a in v if a != 0}))
 
 
@@ -218,6 +227,7 @@ class Pair(BaseModel):
     sft: ModelRef
     aligned: ModelRef
     line: int | None = None
+    field_lines: dict[str, int] = {}
 
     @property
     def name(self) -> str:
@@ -225,7 +235,9 @@ class Pair(BaseModel):
 
     @property
     def where(self) -> str:
-        return f"pair {self.name!r}" if self.line is None else f"line {self.line}, pair {self.name!r}"
+        return (
+            f"pair {self.name!r}" if self.line is None else f"line {self.line}, pair {self.name!r}"
+        )
 
 
 class Manifest(BaseModel):
@@ -236,6 +248,7 @@ class Manifest(BaseModel):
     defaults: Settings
     output_dir: Path
     pairs: tuple[Pair, ...]
+    defaults_lines: dict[str, int] = {}
 
     @property
     def stem(self) -> str:
@@ -249,8 +262,14 @@ class Manifest(BaseModel):
         raise KeyError(name)
 
     def location(self, pair: Pair, field: str) -> str:
-        """`file:line pairs[name].field` for error messages of later steps."""
-        line = f":{pair.line}" if pair.line else ""
+        """`file:line pair 'name' field 'x'` for error messages of later steps."""
+        key = field.split(".")[0]
+        if key not in pair.field_lines and key in self.defaults_lines:
+            return (
+                f"{self.path.name}:{self.defaults_lines[key]} defaults.{field} (pair {pair.name!r})"
+            )
+        number = pair.field_lines.get(key) or pair.line
+        line = f":{number}" if number else ""
         return f"{self.path.name}{line} pair {pair.name!r} field '{field}'"
 
 
@@ -314,7 +333,11 @@ def _fields_of(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(getattr(current, "model_fields", {})) if current is not None else []
 
 
-_NESTED_SETTINGS = {"sampling": SamplingConfig, "search": SearchConfig, "selection": SelectionConfig}
+_NESTED_SETTINGS = {
+    "sampling": SamplingConfig,
+    "search": SearchConfig,
+    "selection": SelectionConfig,
+}
 
 
 def _format_error(
@@ -322,7 +345,9 @@ def _format_error(
 ) -> tuple[int, str]:
     loc = base_loc + tuple(err["loc"])
     line = _line_of(root, loc)
-    dotted = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
+    dotted = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(
+        ".[", "["
+    )
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
@@ -335,8 +360,11 @@ def _format_error(
         msg = f"unknown key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else "")
     elif err["type"] == "missing":
         msg = "required field is missing"
-    elif "input" in err and err["type"] != "value_error" and err["type"] not in ("model_type", "dict_type") and not isinstance(
-        err["input"], (dict, list)
+    elif (
+        "input" in err
+        and err["type"] != "value_error"
+        and err["type"] not in ("model_type", "dict_type")
+        and not isinstance(err["input"], (dict, list))
     ):
         msg = f"{msg} (got {err['input']!r})"
     return (line or 0), f"{file}:{line if line else '?'} {dotted}: {msg}"
@@ -362,7 +390,9 @@ def _absolutize(settings: Settings, base: Path) -> Settings:
         updates["prompts"] = p.model_copy(update={"path": (base / p.path).resolve()})
     s = settings.scorer
     if s.model is not None and s.model.startswith((".", "~")):
-        updates["scorer"] = s.model_copy(update={"model": str((base / s.model).expanduser().resolve())})
+        updates["scorer"] = s.model_copy(
+            update={"model": str((base / s.model).expanduser().resolve())}
+        )
     return settings.model_copy(update=updates) if updates else settings
 
 
@@ -384,7 +414,9 @@ def parse_manifest(text: str, path: Path) -> Manifest:
     except YAMLError as e:
         raise ManifestError([f"{file}: invalid YAML: {e}"]) from None
     if not isinstance(root, dict):
-        raise ManifestError([f"{file}:1 the manifest must be a mapping with 'defaults' and 'pairs'"])
+        raise ManifestError(
+            [f"{file}:1 the manifest must be a mapping with 'defaults' and 'pairs'"]
+        )
 
     problems: list[tuple[int, str]] = []
     data = _plain(root)
@@ -411,7 +443,12 @@ def parse_manifest(text: str, path: Path) -> Manifest:
     seen: dict[str, int] = {}
     raw_pairs = data.get("pairs") if isinstance(data.get("pairs"), list) else []
     if not raw_pairs and top is not None:
-        problems.append((_line_of(root, ("pairs",)) or 0, f"{file}:{_line_of(root, ('pairs',))} pairs: the manifest has no pairs"))
+        problems.append(
+            (
+                _line_of(root, ("pairs",)) or 0,
+                f"{file}:{_line_of(root, ('pairs',))} pairs: the manifest has no pairs",
+            )
+        )
     for i, raw in enumerate(raw_pairs):
         if not isinstance(raw, dict):
             line = _line_of(root, ("pairs", i))
@@ -422,8 +459,11 @@ def parse_manifest(text: str, path: Path) -> Manifest:
         if isinstance(name, str) and name in seen:
             nline = _line_of(root, ("pairs", i, "name"))
             problems.append(
-                (nline or 0, f"{file}:{nline} pairs[{i}].name: duplicate pair name {name!r} "
-                 f"(first used on line {seen[name]})")
+                (
+                    nline or 0,
+                    f"{file}:{nline} pairs[{i}].name: duplicate pair name {name!r} "
+                    f"(first used on line {seen[name]})",
+                )
             )
         elif isinstance(name, str):
             seen[name] = _line_of(root, ("pairs", i, "name")) or 0
@@ -448,7 +488,9 @@ def parse_manifest(text: str, path: Path) -> Manifest:
             problems.append((line or 0, f"{file}:{line} pairs[{i}]: {e}"))
             continue
         pairs.append(
-            Pair(spec=spec, settings=_absolutize(settings, base), sft=sft, aligned=aligned, line=line)
+            Pair(
+                spec=spec, settings=_absolutize(settings, base), sft=sft, aligned=aligned, line=line
+            )
         )
 
     if problems:
@@ -457,7 +499,14 @@ def parse_manifest(text: str, path: Path) -> Manifest:
     out = Path(top.output_dir or "outputs").expanduser()
     if not out.is_absolute():
         out = (base / out).resolve()
-    return Manifest(path=path.resolve(), name=top.name, defaults=_absolutize(defaults, base), output_dir=out, pairs=tuple(pairs))
+    return Manifest(
+        path=path.resolve(),
+        name=top.name,
+        defaults=_absolutize(defaults, base),
+        output_dir=out,
+        pairs=tuple(pairs),
+        defaults_lines={str(k): _line_of(root, ("defaults", k)) or 0 for k in defaults_raw},
+    )
 
 
 def load_manifest(path: str | Path) -> Manifest:
@@ -466,11 +515,15 @@ def load_manifest(path: str | Path) -> Manifest:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UsageError(f"manifest not found: {path}", "give the path to a registry.yaml") from None
+        raise UsageError(
+            f"manifest not found: {path}", "give the path to a registry.yaml"
+        ) from None
     except IsADirectoryError:
         raise UsageError(f"{path} is a folder, not a manifest file") from None
     except UnicodeDecodeError as e:
-        raise ManifestError([f"{path.name}: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
+        raise ManifestError(
+            [f"{path.name}: not UTF-8 text ({e.reason} at byte {e.start})"]
+        ) from None
     return parse_manifest(text, path)
 
 
@@ -501,8 +554,9 @@ def select_pairs(pairs: tuple[Pair, ...] | list[Pair], only: list[str] | None) -
             close = difflib.get_close_matches(pat, vocab, n=3)
             raise UsageError(
                 f"--only {pat!r} matches no pair name, glob or tag",
-                f"did you mean {', '.join(repr(c) for c in close)}?" if close else
-                "run `expo-batch validate MANIFEST` to list the pairs and their tags",
+                f"did you mean {', '.join(repr(c) for c in close)}?"
+                if close
+                else "run `expo-batch validate MANIFEST` to list the pairs and their tags",
             )
         chosen |= hits
     return [p for p in pairs if p.name in chosen]

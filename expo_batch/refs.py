@@ -50,9 +50,11 @@ def parse_ref(text: str, base_dir: Path | None = None) -> ModelRef:
     text = str(text).strip()
     if not text:
         raise ValueError("empty model reference")
-    if text.startswith((".", "/", "~")) or (
-        base_dir is not None and (base_dir / text).is_dir()
-    ) or Path(text).is_dir():
+    if (
+        text.startswith((".", "/", "~"))
+        or (base_dir is not None and (base_dir / text).is_dir())
+        or Path(text).is_dir()
+    ):
         p = Path(text).expanduser()
         if not p.is_absolute() and base_dir is not None:
             p = base_dir / p

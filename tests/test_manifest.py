@@ -38,8 +38,14 @@ def test_shipped_registry_has_all_paper_pairs():
     m = load_manifest(ROOT / "registry.yaml")
     names = [p.name for p in m.pairs]
     assert len(names) == 27
-    for must in ("zephyr-7b-alpha", "tulu2-70b", "internlm2-20b", "zephyr-7b-dpo-full",
-                 "mistral-base-rdpo", "llama3-base-simpo"):
+    for must in (
+        "zephyr-7b-alpha",
+        "tulu2-70b",
+        "internlm2-20b",
+        "zephyr-7b-dpo-full",
+        "mistral-base-rdpo",
+        "llama3-base-simpo",
+    ):
         assert must in names
     by = {p.name: p for p in m.pairs}
     assert by["internlm2-7b"].spec.trust_remote_code
@@ -66,7 +72,9 @@ def test_good_manifest_resolves_paths_and_defaults(tmp_path):
 
 
 def test_pair_overrides_merge_nested_tables(tmp_path):
-    text = GOOD.replace("    tags: [x]\n", "    tags: [x]\n    sampling: {max_tokens: 7}\n    alphas: [2, 4]\n")
+    text = GOOD.replace(
+        "    tags: [x]\n", "    tags: [x]\n    sampling: {max_tokens: 7}\n    alphas: [2, 4]\n"
+    )
     (pair,) = load_manifest(write(tmp_path, text)).pairs
     assert pair.settings.sampling.max_tokens == 7
     assert pair.settings.sampling.temperature == 0.7
@@ -75,18 +83,58 @@ def test_pair_overrides_merge_nested_tables(tmp_path):
 
 BROKEN = [
     ("bad yaml", "defaults:\n  alphas: [0.1\npairs: []\n", 3, "invalid YAML"),
-    ("unknown key", GOOD.replace("    tags: [x]", "    tagz: [x]"), 9, "unknown key 'tagz' (did you mean 'tags'?)"),
-    ("unknown nested key", GOOD.replace("batch_size: 2", "batch_sise: 2"), 4, "did you mean 'batch_size'"),
+    (
+        "unknown key",
+        GOOD.replace("    tags: [x]", "    tagz: [x]"),
+        9,
+        "unknown key 'tagz' (did you mean 'tags'?)",
+    ),
+    (
+        "unknown nested key",
+        GOOD.replace("batch_size: 2", "batch_sise: 2"),
+        4,
+        "did you mean 'batch_size'",
+    ),
     ("wrong type", GOOD.replace("alphas: [0.1, 0.3]", "alphas: fast"), 2, "defaults.alphas"),
-    ("duplicate name", GOOD + "  - name: a\n    sft: org/s\n    aligned: org/t\n", 10, "duplicate pair name 'a' (first used on line 6)"),
-    ("bad model reference", GOOD.replace("org/aligned@v1", "not a ref"), 8, "pairs[0].aligned: 'not a ref' is not a model reference"),
+    (
+        "duplicate name",
+        GOOD + "  - name: a\n    sft: org/s\n    aligned: org/t\n",
+        10,
+        "duplicate pair name 'a' (first used on line 6)",
+    ),
+    (
+        "bad model reference",
+        GOOD.replace("org/aligned@v1", "not a ref"),
+        8,
+        "pairs[0].aligned: 'not a ref' is not a model reference",
+    ),
     ("empty grid", GOOD.replace("alphas: [0.1, 0.3]", "alphas: []"), 2, "alpha grid is empty"),
-    ("negative batch size", GOOD.replace("batch_size: 2", "batch_size: -4"), 4, "defaults.scorer.batch_size: Input should be greater than or equal to 1"),
-    ("missing required field", GOOD.replace("    sft: org/sft\n", ""), 6, "pairs[0].sft: required field is missing"),
+    (
+        "negative batch size",
+        GOOD.replace("batch_size: 2", "batch_size: -4"),
+        4,
+        "defaults.scorer.batch_size: Input should be greater than or equal to 1",
+    ),
+    (
+        "missing required field",
+        GOOD.replace("    sft: org/sft\n", ""),
+        6,
+        "pairs[0].sft: required field is missing",
+    ),
     ("alpha at -1", GOOD.replace("alphas: [0.1, 0.3]", "alphas: [-1, 0.3]"), 2, "greater than -1"),
     ("unsafe pair name", GOOD.replace("name: a", "name: ../x"), 6, "not a safe folder name"),
-    ("two prompt sources", GOOD.replace("{path: prompts.jsonl, limit: 4}", "{path: p.jsonl, dataset: org/d}"), 3, "exactly one of 'dataset'"),
-    ("bad scorer function", GOOD.replace("{model: ./rm, batch_size: 2}", "{function: nocolon}"), 4, "module:function"),
+    (
+        "two prompt sources",
+        GOOD.replace("{path: prompts.jsonl, limit: 4}", "{path: p.jsonl, dataset: org/d}"),
+        3,
+        "exactly one of 'dataset'",
+    ),
+    (
+        "bad scorer function",
+        GOOD.replace("{model: ./rm, batch_size: 2}", "{function: nocolon}"),
+        4,
+        "module:function",
+    ),
     ("top level not a mapping", "- a\n- b\n", 1, "must be a mapping"),
     ("no pairs key", "defaults: {}\n", 1, "pairs: required field is missing"),
 ]
@@ -111,10 +159,16 @@ def test_all_problems_reported_at_once(tmp_path):
 
 def test_select_by_name_glob_and_tag():
     m = load_manifest(ROOT / "registry.yaml")
-    assert [p.name for p in select_pairs(m.pairs, ["tulu2-*"])] == ["tulu2-7b", "tulu2-13b", "tulu2-70b"]
+    assert [p.name for p in select_pairs(m.pairs, ["tulu2-*"])] == [
+        "tulu2-7b",
+        "tulu2-13b",
+        "tulu2-70b",
+    ]
     assert len(select_pairs(m.pairs, ["simpo"])) == 14
     assert [p.name for p in select_pairs(m.pairs, ["zephyr-7b-beta,internlm2-7b"])] == [
-        "zephyr-7b-beta", "internlm2-7b"]
+        "zephyr-7b-beta",
+        "internlm2-7b",
+    ]
     with pytest.raises(UsageError, match="did you mean 'tulu2-7b'"):
         select_pairs(m.pairs, ["tulu2-7"])
 
@@ -122,7 +176,11 @@ def test_select_by_name_glob_and_tag():
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200"}
     return subprocess.run(
-        [sys.executable, "-m", "expo_batch", *args], capture_output=True, text=True, cwd=ROOT, env=env
+        [sys.executable, "-m", "expo_batch", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
     )
 
 

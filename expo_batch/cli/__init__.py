@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     from expo_batch.errors import ExpoError
 
     try:
-        app(args=argv, standalone_mode=False)
+        # standalone_mode=False: click returns a command's typer.Exit code instead of exiting.
+        code = app(args=argv, standalone_mode=False)
     except ExpoError as e:
         from expo_batch.console import err
 
@@ -61,13 +62,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except SystemExit:
         raise
-    except Exception as e:  # click usage errors arrive as click exceptions
-        import click
-
-        if isinstance(e, click.exceptions.Abort):
+    except Exception as e:
+        # Usage errors come from click (typer may vendor its own copy: match by class name).
+        names = {c.__name__ for c in type(e).__mro__}
+        if "Abort" in names:
             sys.exit(130)
-        if isinstance(e, click.ClickException):
+        if "ClickException" in names:
             e.show()
-            sys.exit(2)
+            sys.exit(getattr(e, "exit_code", 2))
         raise
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
