@@ -43,8 +43,14 @@ def validate(
 def plan(
     manifest: Path = typer.Argument(..., help="The registry.yaml to plan."),
     only: list[str] = typer.Option(None, "--only", help=ONLY_HELP),
-    output: Path = typer.Option(None, "--output", help="Parent folder of the run (default: the manifest's output_dir)."),
-    preflight: bool = typer.Option(True, "--preflight/--no-preflight", help="Resolve revisions and check each pair on the Hub (headers only, nothing downloaded)."),
+    output: Path = typer.Option(
+        None, "--output", help="Parent folder of the run (default: the manifest's output_dir)."
+    ),
+    preflight: bool = typer.Option(
+        True,
+        "--preflight/--no-preflight",
+        help="Resolve revisions and check each pair on the Hub (headers only, nothing downloaded).",
+    ),
 ) -> None:
     """Show what a run would do: pairs, candidates, backends, output paths, and the preflight."""
     from rich.table import Table
@@ -62,7 +68,9 @@ def plan(
         table.add_column(col, overflow="fold")
     for pp in run.pairs:
         s = pp.pair.settings
-        prompts = str(s.prompts.path) if s.prompts.path else f"{s.prompts.dataset}:{s.prompts.split}"
+        prompts = (
+            str(s.prompts.path) if s.prompts.path else f"{s.prompts.dataset}:{s.prompts.split}"
+        )
         if s.prompts.limit:
             prompts += f" (first {s.prompts.limit})"
         table.add_row(
@@ -77,7 +85,8 @@ def plan(
     if preflight:
         from expo_batch.preflight_report import print_preflight
 
-        print_preflight(run)
+        if not print_preflight(run):
+            raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
