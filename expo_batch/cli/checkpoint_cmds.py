@@ -10,24 +10,43 @@ _DTYPES = ("bf16", "fp16", "fp32")
 _VOCAB_POLICIES = ("error", "copy-extra")
 
 
-def _resolve_local(text: str, role: str = "model") -> Path:
-    """The folder a SFT/ALIGNED argument names. (The Hub edge resolves Hub ids here later.)"""
+def _pair_folders(
+    sft: str, aligned: str, *, output_dir: Path, vocab_policy: str = "error",
+    trust_remote_code: bool = False,
+) -> tuple[Path, Path, dict]:  # fmt: skip
+    """SFT/ALIGNED arguments (local folders, `org/name` or `org/name@revision`) as folders:
+    Hub refs are pinned to their commit, checked from their headers, then fetched."""
     from expo_batch.errors import UsageError
+    from expo_batch.hub import fetch_pair
+    from expo_batch.refs import parse_ref
 
-    path = Path(text).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise UsageError(f"{role} {text!r} is a file; give the checkpoint folder")
-    raise UsageError(
-        f"{role} {text!r} is not a local folder",
-        "this command takes local checkpoint folders (download Hub models first)",
-    )
+    refs = []
+    for text, flag in ((sft, "SFT"), (aligned, "ALIGNED")):
+        path = Path(text).expanduser()
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"{flag} {text!r} is a file; give the checkpoint folder")
+        try:
+            ref = parse_ref(text)
+        except ValueError as e:
+            raise UsageError(f"{flag}: {e}") from None
+        if ref.is_local and not ref.path.is_dir():
+            raise UsageError(
+                f"{flag} {text!r} is not a local folder",
+                "give a checkpoint folder, or a Hub id such as 'org/name' or 'org/name@revision'",
+            )
+        refs.append(ref)
+    return fetch_pair(
+        refs[0], refs[1], output_dir=output_dir, vocab_policy=vocab_policy,
+        trust_remote_code=trust_remote_code,
+    )  # fmt: skip
+
+
+_REF_HELP = "a local folder, org/name or org/name@revision"
 
 
 def extrapolate(
-    sft: str = typer.Argument(..., help="SFT checkpoint (theta0): a local folder."),
-    aligned: str = typer.Argument(..., help="Aligned checkpoint (theta1): a local folder."),
+    sft: str = typer.Argument(..., help=f"SFT checkpoint (theta0): {_REF_HELP}."),
+    aligned: str = typer.Argument(..., help=f"Aligned checkpoint (theta1): {_REF_HELP}."),
     alpha: float = typer.Option(
         ...,
         "--alpha",
@@ -48,6 +67,11 @@ def extrapolate(
         None, "--max-shard-size", help="e.g. 5GB (default: the aligned model's largest shard)."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+    trust_remote_code: bool = typer.Option(
+        False,
+        "--trust-remote-code",
+        help="Also fetch and copy the model's own *.py code (Hub refs).",
+    ),
 ) -> None:
     """Write the extrapolated model for one alpha as a Hugging Face folder."""
     from expo_batch.errors import UsageError
@@ -65,8 +89,10 @@ def extrapolate(
             parse_size(max_shard_size)
         except ValueError as e:
             raise UsageError(f"--max-shard-size: {e}") from None
-    sft_dir = _resolve_local(sft, "SFT model")
-    aligned_dir = _resolve_local(aligned, "aligned model")
+    sft_dir, aligned_dir, provenance = _pair_folders(
+        sft, aligned, output_dir=output.parent.resolve(), vocab_policy=vocab_policy,
+        trust_remote_code=trust_remote_code,
+    )  # fmt: skip
 
     from expo_batch.console import err, out
     from expo_batch.extrapolate import extrapolate_checkpoint
@@ -79,6 +105,8 @@ def extrapolate(
         dtype=dtype.lower() if dtype else None,
         vocab_policy=vocab_policy,
         max_shard_size=max_shard_size,
+        provenance=provenance,
+        trust_remote_code=trust_remote_code,
         progress=progress,
     )
     err.print(f"[green]wrote[/green] {path} (alpha={alpha:g})", highlight=False)
@@ -86,16 +114,15 @@ def extrapolate(
 
 
 def inspect(
-    sft: str = typer.Argument(..., help="SFT checkpoint (theta0): a local folder."),
-    aligned: str = typer.Argument(..., help="Aligned checkpoint (theta1): a local folder."),
+    sft: str = typer.Argument(..., help=f"SFT checkpoint (theta0): {_REF_HELP}."),
+    aligned: str = typer.Argument(..., help=f"Aligned checkpoint (theta1): {_REF_HELP}."),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
     top: int = typer.Option(
         20, "--top", help="Rows in the table, largest normalized delta first (0: all)."
     ),
 ) -> None:
     """Delta norms between two checkpoints, per tensor and for the whole model."""
-    sft_dir = _resolve_local(sft, "SFT model")
-    aligned_dir = _resolve_local(aligned, "aligned model")
+    sft_dir, aligned_dir, _ = _pair_folders(sft, aligned, output_dir=Path.cwd())
 
     from expo_batch.checkpoint import Checkpoint
     from expo_batch.console import out, warn

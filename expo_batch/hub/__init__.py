@@ -22,7 +22,7 @@ Datasets (the prompt set) go through the same edge::
 from expo_batch.hub._env import RetryPolicy
 from expo_batch.hub._errors import Context, is_transient, scrub, translate
 from expo_batch.hub.dataset import ResolvedDataset, download_dataset_files, resolve_dataset
-from expo_batch.hub.fetch import fetch
+from expo_batch.hub.fetch import fetch, fetch_pair
 from expo_batch.hub.files import Selection, read_local_specs, remote_specs, select_files
 from expo_batch.hub.preflight import (
     DiskCheck,
@@ -60,6 +60,7 @@ __all__ = [
     "content_hash",
     "download_dataset_files",
     "fetch",
+    "fetch_pair",
     "fmt_bytes",
     "is_transient",
     "pin_revision",

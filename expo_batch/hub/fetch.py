@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from expo_batch.compat import VocabPolicy
 from expo_batch.errors import HubError
 from expo_batch.hub import _env
 from expo_batch.hub._errors import call, offline_not_cached
 from expo_batch.hub.files import select_files
 from expo_batch.hub.resolve import ResolvedRef, snapshot_folder
+from expo_batch.refs import ModelRef
 
 
 def fetch(resolved: ResolvedRef, *, trust_remote_code: bool = False) -> Path:
@@ -56,3 +58,33 @@ def fetch(resolved: ResolvedRef, *, trust_remote_code: bool = False) -> Path:
         ctx,
     )
     return Path(path)
+
+
+def fetch_pair(
+    sft: ModelRef,
+    aligned: ModelRef,
+    *,
+    output_dir: Path,
+    vocab_policy: VocabPolicy = "error",
+    trust_remote_code: bool = False,
+) -> tuple[Path, Path, dict]:
+    """Resolve, preflight (headers only) and fetch a pair in one go, for single-pair commands.
+
+    The batch pipeline runs the same sequence as separate ledger steps. Returns both folders and
+    the provenance of what was resolved (``{"sft": ..., "aligned": ...}``).
+
+    Raises:
+        HubError / CheckpointError: as :func:`resolve`, :func:`preflight` and :func:`fetch`.
+    """
+    from expo_batch.hub.preflight import preflight
+    from expo_batch.hub.resolve import resolve
+
+    rs, ra = resolve(sft, where="SFT argument"), resolve(aligned, where="ALIGNED argument")
+    if not (rs.is_local and ra.is_local):
+        preflight(
+            rs, ra, output_dir=output_dir, vocab_policy=vocab_policy,
+            trust_remote_code=trust_remote_code,
+        ).require_ok()  # fmt: skip
+    sft_dir = fetch(rs, trust_remote_code=trust_remote_code)
+    aligned_dir = fetch(ra, trust_remote_code=trust_remote_code)
+    return sft_dir, aligned_dir, {"sft": rs.to_dict(), "aligned": ra.to_dict()}
