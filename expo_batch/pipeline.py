@@ -38,7 +38,7 @@ log = logging.getLogger("expo_batch.run")
 @dataclass
 class PairOutcome:
     name: str
-    state: str  # done | failed
+    state: str  # done | skipped (nothing left to do) | failed
     chosen_alpha: float | None = None
     gain: float | None = None
     error: str | None = None
@@ -54,6 +54,9 @@ class RunSummary:
     @property
     def failed(self) -> list[PairOutcome]:
         return [o for o in self.outcomes if o.state == "failed"]
+
+    def count(self, state: str) -> int:
+        return sum(o.state == state for o in self.outcomes)
 
     @property
     def exit_code(self) -> int:
@@ -120,7 +123,7 @@ def _run_pair(plan: RunPlan, pp: PairPlan, ledger: Ledger, progress: RunProgress
     log.info("pair %s: done, chosen alpha %s", pp.name, selection["chosen_alpha"])
     return PairOutcome(
         pp.name,
-        "done",
+        "done" if steps.computed else "skipped",  # skipped: everything was already done
         chosen_alpha=selection["chosen_alpha"],
         gain=selection.get("gain"),
         computed=steps.computed,
@@ -342,14 +345,21 @@ class PairSteps:
 
     # --------------------------------------------------------------------------------- sweep
 
+    def _weights_key(self, alpha: float) -> dict[str, Any]:
+        """What determines the weights of a candidate: the pair, alpha, dtype, vocab policy."""
+        s = self.settings
+        return {
+            "sft": self.sha["sft"],
+            "aligned": self.sha["aligned"],
+            "alpha": alpha_label(alpha),
+            "dtype": s.dtype,
+            "vocab": s.vocab_policy,
+        }
+
     def _gen_fp(self, alpha: float) -> str:
         s = self.settings
         return fingerprint(
-            sft=self.sha["sft"],
-            aligned=self.sha["aligned"],
-            alpha=alpha_label(alpha),
-            dtype=s.dtype,
-            vocab=s.vocab_policy,
+            **self._weights_key(alpha),
             prompts=self.prompt_set.hash,
             sampling=s.sampling.model_dump(),
             stops=list(self.pair.spec.stop_token_ids),
@@ -547,15 +557,7 @@ class PairSteps:
     # --------------------------------------------------------------------------- materialize
 
     def _materialize_fp(self, alpha: float) -> str:
-        s = self.settings
-        return fingerprint(
-            sft=self.sha["sft"],
-            aligned=self.sha["aligned"],
-            alpha=alpha_label(alpha),
-            dtype=s.dtype,
-            vocab=s.vocab_policy,
-            version=__version__,
-        )
+        return fingerprint(**self._weights_key(alpha), version=__version__)
 
     def materialize(self, selection: dict[str, Any]) -> None:
         """Stream the chosen alpha into a full checkpoint folder (written atomically)."""

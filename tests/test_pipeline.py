@@ -151,9 +151,10 @@ def test_rerun_recomputes_nothing_and_status_reports(finished_run, world, tmp_pa
     run_dir = tmp_path / "e2e"
     shutil.copytree(finished_run, run_dir)
     before = done_counts(run_dir)
+    capsys.readouterr()
     assert cli("run", str(manifest(world)), "--output", str(tmp_path)) == 1
     assert done_counts(run_dir) == before
-    capsys.readouterr()
+    assert "0 done, 2 skipped (already done), 1 failed" in capsys.readouterr().err
     assert cli("status", str(run_dir)) == 0
     text = capsys.readouterr().out
     assert "broken" in text and "failed" in text and "done" in text

@@ -61,13 +61,15 @@ def run(
         title_justify="left",
     )
     for o in summary.outcomes:
-        result = "[green]done[/green]" if o.state == "done" else "[red]failed[/red]"
+        result = {"done": "[green]done[/green]", "skipped": "up to date"}.get(
+            o.state, "[red]failed[/red]"
+        )
         table.add_row(
             o.name,
             result,
             alpha_label(o.chosen_alpha)
             if o.chosen_alpha is not None
-            else ("none" if o.state == "done" else ""),
+            else ("" if o.state == "failed" else "none"),
             f"{o.gain:+.4f}" if o.gain is not None else "",
             str(len(o.computed)),
             str(len(o.skipped)),
@@ -75,8 +77,10 @@ def run(
     err.print(table)
     for o in summary.failed:
         err.print(f"[red]{o.name}[/red]: {o.error}", highlight=False)
-    n_done = len(summary.outcomes) - len(summary.failed)
-    err.print(f"{n_done} done, {len(summary.failed)} failed; results in {summary.run_dir}")
+    err.print(
+        f"{summary.count('done')} done, {summary.count('skipped')} skipped (already done), "
+        f"{summary.count('failed')} failed; results in {summary.run_dir}"
+    )
     if summary.exit_code:
         raise typer.Exit(summary.exit_code)
 
