@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+METRICS_VERSION = 2
+"""Bumped when a metric's definition changes, so recorded candidates get their metrics again."""
+
 # An answer is degenerate when it ends in a loop: one unit repeated at least LOOP_MIN_REPEATS
 # times covering at least LOOP_MIN_CHARS characters (the runaway repetition the paper sees at
 # large alpha), or when its word 4-grams repeat heavily.
@@ -17,6 +20,18 @@ REPEAT_RATIO = 0.5
 """4-gram repetition that marks any answer degenerate (natural prose stays far below 0.2)."""
 REPEAT_RATIO_TRUNCATED = 0.3
 """A lower bar for answers that hit max_tokens: never stopping while repeating is the failure."""
+GARBLED_RATIO = 0.1
+"""Share of replacement or control characters that marks token salad: the other collapse seen at
+large alpha, where a byte-level model emits fragments that do not even decode."""
+MIN_GARBLED_CHARS = 20
+
+
+def garbled_ratio(text: str) -> float:
+    """Share of characters that are U+FFFD (undecodable bytes) or control characters."""
+    if not text:
+        return 0.0
+    bad = sum(ch == "\ufffd" or (ord(ch) < 32 and ch not in "\n\t\r") for ch in text)
+    return bad / len(text)
 
 
 def tail_loop(text: str, max_unit: int = LOOP_MAX_UNIT) -> tuple[int, int]:
@@ -44,10 +59,12 @@ def ngram_repetition(text: str, n: int = NGRAM) -> tuple[float, int]:
 
 
 def is_degenerate(text: str, n_tokens: int | None = None, finish_reason: str | None = None) -> bool:
-    """True for runaway answers: a repeated tail loop, or heavy n-gram repetition.
+    """True for runaway answers: a repeated tail loop, heavy n-gram repetition, or token salad.
 
     ``n_tokens`` is accepted for the record's sake; the rules use the text and the finish reason.
     """
+    if len(text) >= MIN_GARBLED_CHARS and garbled_ratio(text) >= GARBLED_RATIO:
+        return True
     unit, repeats = tail_loop(text)
     if repeats >= LOOP_MIN_REPEATS and unit * repeats >= LOOP_MIN_CHARS:
         return True

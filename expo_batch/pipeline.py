@@ -68,6 +68,9 @@ class RunSummary:
 
 def run(plan: RunPlan, *, fresh: bool = False, progress: RunProgress | None = None) -> RunSummary:
     """Run every pair of ``plan``; return the summary (failed pairs do not stop the run)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars would break our own progress
     layout = plan.layout
     layout.root.mkdir(parents=True, exist_ok=True)
     progress = progress or RunProgress(enabled=False)
@@ -532,15 +535,23 @@ class PairSteps:
         )
 
     def select(self) -> dict[str, Any]:
-        """The paper's rule (plus the guards); writes sweep.json."""
+        """The paper's rule (plus the guards); writes sweep.json. Candidate metrics are derived
+        again here, so a change in their definitions never costs a new scoring pass."""
+        from expo_batch.metrics import METRICS_VERSION
+
         fp = fingerprint(
             scores=[self._score_fp(a) for a in self.alphas],
+            metrics=METRICS_VERSION,
             selection=self.settings.selection.model_dump(),
             strategy=self.settings.search.strategy,
         )
         self.fps["select"] = fp
 
         def body() -> dict[str, Any]:
+            from expo_batch.sweep import finalize_candidate
+
+            for a in self.alphas:
+                finalize_candidate(self.out.candidate(a), a, self.prompt_set)
             selection = self._selection(self.alphas)
             sweep = {
                 "pair": self.name,

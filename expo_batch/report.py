@@ -445,13 +445,20 @@ def build_table(rows: list[Row], title: str | None = None) -> Table:
     from rich.table import Table
 
     head, body = _columns(rows)
+    # A terminal is narrow: leave out columns with nothing in them (e.g. no paper values).
+    keep = [
+        i for i, h in enumerate(head) if h == "Pair" or any(c[i] not in ("", "–") for c in body)
+    ]
     table = Table(title=title, show_lines=False, header_style="bold")
-    for h in head:
+    for i in keep:
+        h = head[i]
         right = h not in ("Run", "Pair", "Family", "Algorithm", "State")
-        table.add_column(h, justify="right" if right else "left", overflow="fold")
+        table.add_column(
+            h, justify="right" if right else "left", overflow="fold", no_wrap=h in ("Run", "Pair")
+        )
     style = {"failed": "red", "pending": "yellow"}
     for r, cells in zip(rows, body, strict=True):
-        table.add_row(*cells, style=style.get(r.state))
+        table.add_row(*(cells[i] for i in keep), style=style.get(r.state))
     return table
 
 

@@ -147,6 +147,14 @@ def test_degenerate_detection():
     )
     assert is_degenerate(looping, 60, "length")
     assert not is_degenerate("ha ha", 2, "stop")  # too short to call
+    # token salad: undecodable fragments and control characters (a collapsed byte-level model)
+    salad = "ers1ve~\ufffd\u0003\ufffd\u0012\ufffd\ufffd\ufffd^\ufffdncharts\ufffd\ufffd(\ufffd colose\ufffd body"
+    assert is_degenerate(salad, 48, "length")
+    assert not is_degenerate(
+        "Caf\u00e9 na\u00efve r\u00e9sum\u00e9, \u65e5\u672c\u8a9e\u306e\u6587\u7ae0\u3067\u3059\u3002",
+        20,
+        "stop",
+    )
     assert not is_degenerate("", 1, "stop")
 
 
