@@ -51,7 +51,9 @@ def write_manifest(tmp_path: Path) -> Path:
 def test_plan_preflight_prints_sizes_and_compatibility(
     served, fake_hub, tmp_path, capsys, monkeypatch
 ):
-    monkeypatch.setenv("COLUMNS", "250")
+    from expo_batch.console import out
+
+    monkeypatch.setattr(out, "width", 400)  # keep each row on one line
     code = cli("plan", str(write_manifest(tmp_path)), "--output", str(tmp_path / "out"))
     out = capsys.readouterr()
     assert code == 1  # two of the three pairs cannot run
