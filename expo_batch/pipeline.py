@@ -151,8 +151,7 @@ class PairSteps:
         self.computed: list[str] = []
         self.skipped: list[str] = []
         self.current = "start"
-        self._backend: Any = None
-        self._scorer: Any = None
+        self.engines: Any = None  # sweep.Engines, made once the checkpoints are on disk
         self.fps: dict[str, str] = {}
 
     # ----------------------------------------------------------------------- unit bookkeeping
@@ -414,7 +413,7 @@ class PairSteps:
             layout = self.out.candidate(alpha)
 
             def gen(alpha=alpha, layout=layout) -> dict[str, Any]:
-                backend = self._ensure_backend()
+                backend = self._engines().policy()
                 task = self.progress.candidate(
                     f"generate α={alpha_label(alpha)}", len(self.prompt_set)
                 )
@@ -426,6 +425,7 @@ class PairSteps:
                     stops,
                     layout,
                     batch_size=s.batch_size,
+                    prompt_ids=self._engines().render(self.prompt_set),
                     on_progress=lambda done, total, unit=f"generate@{alpha_label(alpha)}": (
                         self.progress.update(task, done),
                         self.ledger.progress(self.name, unit, self.fps[unit], f"{done}/{total}"),
@@ -439,12 +439,13 @@ class PairSteps:
                 gen,
                 artifact=layout.generations,
             )
-        self.close_policy()
+        if self.engines is not None:
+            self.engines.release_policy()
         for alpha in alphas:
             layout = self.out.candidate(alpha)
 
             def score(alpha=alpha, layout=layout) -> dict[str, Any]:
-                scorer = self._ensure_scorer()
+                scorer = self._engines().reward_model()
                 task = self.progress.candidate(
                     f"score α={alpha_label(alpha)}", len(self.prompt_set)
                 )
@@ -463,7 +464,7 @@ class PairSteps:
             self.unit(
                 f"score@{alpha_label(alpha)}", self._score_fp(alpha), score, artifact=layout.metrics
             )
-        self.close_scorer()
+        self.close_models()
 
     def _discard_stale(self, alpha: float) -> None:
         """Records of a candidate made with other inputs are removed before it is redone."""
@@ -479,44 +480,23 @@ class PairSteps:
             for p in (layout.rewards, layout.metrics):
                 p.unlink(missing_ok=True)
 
-    def _ensure_backend(self):
-        if self._backend is None:
-            from expo_batch.generate import get_backend
+    def _engines(self):
+        if self.engines is None:
+            from expo_batch.sweep import Engines
 
-            self.progress.stage("loading the policy")
-            self._backend = get_backend(self.settings.backend)(
+            self.engines = Engines(
                 self.paths["sft"],
                 self.paths["aligned"],
-                dtype=self.settings.dtype,
+                self.settings,
                 trust_remote_code=self.pair.spec.trust_remote_code,
-                vocab_policy=self.settings.vocab_policy,
+                scorer_model=str(self.paths["scorer"]) if "scorer" in self.paths else None,
             )
-        return self._backend
-
-    def _ensure_scorer(self):
-        if self._scorer is None:
-            from expo_batch.score import load_scorer
-
-            self.progress.stage("loading the reward model")
-            cfg = self.settings.scorer
-            if "scorer" in self.paths:
-                cfg = cfg.model_copy(update={"model": str(self.paths["scorer"])})
-            self._scorer = load_scorer(cfg)
-        return self._scorer
-
-    def close_policy(self) -> None:
-        if self._backend is not None:
-            self._backend.close()
-            self._backend = None
-
-    def close_scorer(self) -> None:
-        if self._scorer is not None:
-            self._scorer.close()
-            self._scorer = None
+        return self.engines
 
     def close_models(self) -> None:
-        self.close_policy()
-        self.close_scorer()
+        if self.engines is not None:
+            self.engines.close()
+            self.engines = None
 
     # -------------------------------------------------------------------------------- select
 

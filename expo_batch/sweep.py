@@ -158,6 +158,80 @@ def sweep_alphas(alphas: list[float] | tuple[float, ...]) -> list[float]:
     return sorted({0.0, *(float(a) for a in alphas)})
 
 
+class Engines:
+    """The policy engine and the reward model of one pair, each loaded on first use.
+
+    At most one of each is resident; :meth:`release_policy` frees the policy (and its GPU
+    memory) before the reward model is loaded when memory is short. Engines passed in ready-made
+    are used but never closed here.
+    """
+
+    def __init__(
+        self,
+        sft_dir: str | Path,
+        aligned_dir: str | Path,
+        settings: Settings,
+        *,
+        trust_remote_code: bool = False,
+        device: str | None = None,
+        scorer_model: str | None = None,
+        backend: Backend | None = None,
+        scorer: Scorer | None = None,
+    ):
+        self.sft_dir, self.aligned_dir, self.settings = sft_dir, aligned_dir, settings
+        self.trust_remote_code, self.device = trust_remote_code, device
+        self.scorer_model = scorer_model  # a local folder standing for settings.scorer.model
+        self._backend, self._scorer = backend, scorer
+        self._owned: list[Any] = []
+        self.prompt_ids: list[list[int]] | None = None  # rendered once per policy tokenizer
+
+    def policy(self) -> Backend:
+        if self._backend is None:
+            from expo_batch.generate import get_backend
+
+            self._backend = get_backend(self.settings.backend)(
+                self.sft_dir,
+                self.aligned_dir,
+                dtype=self.settings.dtype,
+                trust_remote_code=self.trust_remote_code,
+                device=self.device,
+                vocab_policy=self.settings.vocab_policy,
+            )
+            self._owned.append(self._backend)
+        return self._backend
+
+    def reward_model(self) -> Scorer:
+        if self._scorer is None:
+            from expo_batch.score import load_scorer
+
+            cfg = self.settings.scorer
+            if self.scorer_model is not None:
+                cfg = cfg.model_copy(update={"model": self.scorer_model})
+            self._scorer = load_scorer(cfg, device=self.device)
+            self._owned.append(self._scorer)
+        return self._scorer
+
+    def release_policy(self) -> None:
+        if self._backend is not None and self._backend in self._owned:
+            self._owned.remove(self._backend)
+            self._backend.close()
+            self._backend = None
+            _free_memory()
+
+    def close(self) -> None:
+        for obj in self._owned:
+            obj.close()
+        self._owned.clear()
+        self._backend = self._scorer = None
+
+    def render(self, prompt_set: PromptSet) -> list[list[int]]:
+        if self.prompt_ids is None:
+            from expo_batch.prompts import render_prompt_set
+
+            self.prompt_ids = render_prompt_set(self.policy().tokenizer, prompt_set)
+        return self.prompt_ids
+
+
 def sweep_pair(
     sft_dir: str | Path,
     aligned_dir: str | Path,
@@ -185,9 +259,7 @@ def sweep_pair(
             and only if some candidate still needs them.
         on_event: ``(stage, alpha, done, total)`` progress callback, stage 'generate' or 'score'.
     """
-    from expo_batch.generate import get_backend
-    from expo_batch.prompts import load_prompts, render_prompt_set
-    from expo_batch.score import load_scorer
+    from expo_batch.prompts import load_prompts
 
     pair = PairLayout(Path(out_dir))
     grid = sweep_alphas(alphas)
@@ -196,40 +268,19 @@ def sweep_pair(
     if len(prompt_set) == 0:
         raise ScoringError("the prompt set is empty")
     layouts = {a: pair.candidate(a) for a in grid}
-    owned: list[Any] = []
-    state: dict[str, Any] = {"backend": backend, "scorer": scorer, "ids": None}
-
-    def get_backend_() -> Backend:
-        if state["backend"] is None:
-            cls = get_backend(settings.backend)
-            state["backend"] = cls(
-                sft_dir,
-                aligned_dir,
-                dtype=settings.dtype,
-                trust_remote_code=trust_remote_code,
-                device=device,
-                vocab_policy=settings.vocab_policy,
-            )
-            owned.append(state["backend"])
-        return state["backend"]
-
-    def get_scorer() -> Scorer:
-        if state["scorer"] is None:
-            state["scorer"] = load_scorer(settings.scorer, device=device)
-            owned.append(state["scorer"])
-        return state["scorer"]
+    engines = Engines(
+        sft_dir, aligned_dir, settings, trust_remote_code=trust_remote_code, device=device,
+        backend=backend, scorer=scorer,
+    )  # fmt: skip
 
     def generate(alpha: float) -> None:
         lay = layouts[alpha]
         if candidate_state(lay, prompt_set)["generated"] >= len(prompt_set):
             return
-        b = get_backend_()
-        if state["ids"] is None:
-            state["ids"] = render_prompt_set(b.tokenizer, prompt_set)
         progress = (lambda d, t: on_event("generate", alpha, d, t)) if on_event else None
         generate_candidate(
-            b, alpha, prompt_set, settings.sampling, list(stop_ids), lay,
-            batch_size=settings.batch_size, on_progress=progress, prompt_ids=state["ids"],
+            engines.policy(), alpha, prompt_set, settings.sampling, list(stop_ids), lay,
+            batch_size=settings.batch_size, on_progress=progress, prompt_ids=engines.render(prompt_set),
         )  # fmt: skip
 
     def score(alpha: float) -> None:
@@ -239,7 +290,7 @@ def sweep_pair(
             return
         progress = (lambda d, t: on_event("score", alpha, d, t)) if on_event else None
         score_candidate(
-            get_scorer(),
+            engines.reward_model(),
             prompt_set,
             lay,
             batch_size=settings.scorer.batch_size,
@@ -250,11 +301,7 @@ def sweep_pair(
         if low_memory:
             for a in grid:
                 generate(a)
-            if state["backend"] is not None and state["backend"] in owned:
-                owned.remove(state["backend"])
-                state["backend"].close()
-                state["backend"] = None
-                _free_memory()
+            engines.release_policy()
             for a in grid:
                 score(a)
         else:
@@ -263,8 +310,7 @@ def sweep_pair(
                 score(a)
         results = [finalize_candidate(layouts[a], a, prompt_set) for a in grid]
     finally:
-        for obj in owned:
-            obj.close()
+        engines.close()
     from expo_batch.io import atomic_write_json as _write
 
     _write(
