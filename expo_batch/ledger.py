@@ -63,8 +63,8 @@ class Unit:
 
     @property
     def stage(self) -> str:
-        """'generate@0.30' and 'score@0.30' belong to the 'sweep' stage."""
-        head = self.unit.split("@", 1)[0]
+        """'generate@0.30' and 'score@0.30' belong to the 'sweep' stage, 'fetch:sft' to 'fetch'."""
+        head = self.unit.split("@", 1)[0].split(":", 1)[0]
         return "sweep" if head in ("generate", "score", "candidate") else head
 
 

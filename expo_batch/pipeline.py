@@ -83,13 +83,15 @@ def run(plan: RunPlan, *, fresh: bool = False, progress: RunProgress | None = No
                     _forget_pair(ledger, layout.pair(pp.name), pp.name)
             _write_run_json(plan, finished=False)
             log.info("run %s: %d pairs", layout.root, len(plan.pairs))
-            with progress:
-                progress.start_run(len(plan.pairs))
-                for pp in plan.pairs:
-                    outcomes.append(_run_pair(plan, pp, ledger, progress))
-                    progress.pair_done()
-            _write_run_json(plan, finished=True)
-        _write_results(layout.root)
+            try:
+                with progress:
+                    progress.start_run(len(plan.pairs))
+                    for pp in plan.pairs:
+                        outcomes.append(_run_pair(plan, pp, ledger, progress))
+                        progress.pair_done()
+                _write_run_json(plan, finished=True)
+            finally:
+                _write_results(layout.root)  # an interrupted run gets its (partial) tables too
     finally:
         logging.getLogger("expo_batch").removeHandler(handler)
         handler.close()

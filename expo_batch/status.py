@@ -48,7 +48,7 @@ def _pair_status(layout: RunLayout, ledger: Ledger, name: str) -> PairStatus:
             if r is not None and (best_r is None or r > best_r):
                 best, best_r = alpha, r
     order = {s: i for i, s in enumerate(STAGES)}
-    reached = max((order.get(u.stage.split(":")[0], -1) for u in units), default=-1)
+    reached = max((order.get(u.stage, -1) for u in units), default=-1)
     stage = STAGES[reached] if reached >= 0 else "not started"
     card = next((u for u in units if u.unit == "card"), None)
     if failed:

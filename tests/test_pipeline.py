@@ -275,3 +275,22 @@ def test_sigkill_at_any_step_then_resume_equals_uninterrupted(finished_run, worl
         for f in ref.model.glob("*.safetensors"):
             assert (got.model / f.name).read_bytes() == f.read_bytes()
     assert not list(got.root.glob(".model.tmp-*"))
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_what_is_done(world, tmp_path):
+    run_dir = tmp_path / "e2e"
+    args = [sys.executable, "-m", "tests.run_slowly", "run", str(manifest(world)),
+            "--output", str(tmp_path), "--only", "good"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for(RunLayout(run_dir).ledger, "generate@0.50", "chunk", proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert b"interrupted: everything finished so far is saved" in err
+    assert b"Traceback" not in err
+    with Ledger(RunLayout(run_dir).ledger) as ledger:
+        assert ledger.get("good", "generate@0.00").state == "done"
+        assert ledger.get("good", "generate@0.50").state == "running"
+    assert RunLayout(run_dir).results("md").exists()  # the partial table was written
+    assert read_jsonl(RunLayout(run_dir).pair("good").candidate(0.5).generations)  # chunks kept

@@ -39,13 +39,23 @@ def _register_all() -> None:
 _register_all()
 
 
+def _interrupted() -> None:
+    from expo_batch.console import err
+
+    err.print("interrupted: everything finished so far is saved; run again to resume")
+    sys.exit(130)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, print ExpoError once without a traceback."""
     from expo_batch.errors import ExpoError
 
     try:
-        # standalone_mode=False: click returns a command's typer.Exit code instead of exiting.
+        # standalone_mode=False: click returns a command's typer.Exit code instead of exiting;
+        # typer turns Ctrl-C into exit code 130.
         code = app(args=argv, standalone_mode=False)
+        if code == 130:
+            _interrupted()
     except ExpoError as e:
         from expo_batch.console import err
 
@@ -54,10 +64,7 @@ def main(argv: list[str] | None = None) -> None:
             err.print(f"  [cyan]hint:[/cyan] {e.hint}", markup=True, highlight=False)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        from expo_batch.console import err
-
-        err.print("interrupted: everything finished so far is saved; run again to resume")
-        sys.exit(130)
+        _interrupted()
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except SystemExit:
@@ -65,8 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:
         # Usage errors come from click (typer may vendor its own copy: match by class name).
         names = {c.__name__ for c in type(e).__mro__}
-        if "Abort" in names:
-            sys.exit(130)
+        if "Abort" in names:  # Ctrl-C or end of input at a prompt
+            _interrupted()
         if "ClickException" in names:
             e.show()
             sys.exit(getattr(e, "exit_code", 2))
