@@ -264,7 +264,8 @@ def _stream(
     Output chunks live in a ring of ``OUT_RING`` reused buffers: a chunk stays valid until
     ``OUT_RING - 1`` further chunks have been requested (room for asynchronous writes).
     """
-    work = _Work()
+    # Scratch no bigger than the largest tensor: an alpha switch of a small model stays cheap.
+    work = _Work(min(_SUB, max((j.shared for j in jobs), default=1) or 1))
     ring: list[torch.Tensor] = [torch.empty(0, dtype=torch.uint8) for _ in range(OUT_RING)]
     for i, (job, start, stop, s, a) in enumerate(iter_pair_chunks(sft, aligned, jobs)):
         spec = out_specs[job.name]
