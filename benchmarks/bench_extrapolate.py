@@ -189,6 +189,8 @@ def compare_outputs(expo_out: Path, whole_out: Path, sft: Path, al: Path, alpha:
 
 
 def bench_size(size: str, workdir: Path, alpha: float, repeat: int, keep: bool) -> dict:
+    if workdir is not None:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix=f"expo-bench-{size}-", dir=workdir))
     try:
         t = time.perf_counter()

@@ -236,3 +236,28 @@ def test_build_reproduces_the_shipped_world(tmp_path):
         assert _sha256(rebuilt) == _sha256(shipped), name
     for f in ("world.json", "prompts.jsonl", "sft/tokenizer.json", "rm/tokenizer.json"):
         assert (out / f).read_text() == (WORLD / f).read_text(), f
+
+
+def test_bundled_example_runs_end_to_end(tmp_path, capsys):
+    """The README's demo: the shipped registry through `expo-batch run`, then `report`."""
+    from expo_batch.cli import main
+    from expo_batch.io import read_json
+
+    def cli(*args: str) -> int:
+        try:
+            main(list(args))
+        except SystemExit as e:
+            return int(e.code or 0)
+        return 0
+
+    assert cli("run", str(WORLD / "registry.yaml"), "--output", str(tmp_path)) == 0
+    run_dir = tmp_path / "tiny"
+    capsys.readouterr()
+    assert cli("report", str(run_dir), "--format", "csv") == 0
+    table = capsys.readouterr().out
+    for k in (10, 20, 40, 100):
+        assert f"tiny-dpo-{k}" in table
+        sweep = read_json(run_dir / "pairs" / f"tiny-dpo-{k}" / "sweep.json")
+        assert sweep["candidates"][0]["alpha"] == 0.0 and sweep["candidates"][0]["n"] == 32
+        chosen = sweep["selection"]["chosen_alpha"]
+        assert (run_dir / "pairs" / f"tiny-dpo-{k}" / "model").exists() == (chosen is not None)
