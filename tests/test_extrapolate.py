@@ -22,6 +22,7 @@ from expo_batch.extrapolate import (
     iter_extrapolated,
 )
 from tests import tiny
+from tests.cli import cli
 from tests.test_checkpoint import save_bin, state_dict_of
 
 ALPHA = 0.3
@@ -460,19 +461,11 @@ def test_iter_extrapolated_checks_the_pair_first(tiny_pair, tmp_path):
 # ---- CLI ---------------------------------------------------------------------------------
 
 
-def _cli(args: list[str]) -> int:
-    from expo_batch.cli import main
-
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    return e.value.code
-
-
 def test_cli_extrapolate(tiny_pair, tmp_path, capsys):
     sft, aligned = map(str, tiny_pair)
     out = tmp_path / "out"
-    code = _cli(
-        ["extrapolate", sft, aligned, "--alpha", "-0.5", "--output", str(out), "--dtype", "fp16"]
+    code = cli(
+        "extrapolate", sft, aligned, "--alpha", "-0.5", "--output", str(out), "--dtype", "fp16"
     )
     assert code == 0
     captured = capsys.readouterr()
@@ -480,46 +473,40 @@ def test_cli_extrapolate(tiny_pair, tmp_path, capsys):
     assert json.loads((out / PROVENANCE_FILE).read_text())["alpha"] == -0.5
     assert Checkpoint.open(out).specs["lm_head.weight"].dtype == "F16"
 
-    code = _cli(
-        ["extrapolate", sft, str(tmp_path / "nope"), "--alpha", "1", "-o", str(tmp_path / "x")]
+    code = cli(
+        "extrapolate", sft, str(tmp_path / "nope"), "--alpha", "1", "-o", str(tmp_path / "x")
     )
     assert code == 2
     assert "is not a local folder" in capsys.readouterr().err
 
-    code = _cli(
-        ["extrapolate", sft, aligned, "--alpha", "1", "-o", str(tmp_path / "x"), "--dtype", "int4"]
+    code = cli(
+        "extrapolate", sft, aligned, "--alpha", "1", "-o", str(tmp_path / "x"), "--dtype", "int4"
     )
     assert code == 2 and "--dtype" in capsys.readouterr().err
 
-    code = _cli(
-        [
-            "extrapolate",
-            sft,
-            aligned,
-            "--alpha",
-            "1",
-            "-o",
-            str(tmp_path / "x"),
-            "--max-shard-size",
-            "big",
-        ]
+    code = cli(
+        "extrapolate",
+        sft,
+        aligned,
+        "--alpha",
+        "1",
+        "-o",
+        str(tmp_path / "x"),
+        "--max-shard-size",
+        "big",
     )
     assert code == 2 and "--max-shard-size" in capsys.readouterr().err
 
 
 def test_cli_extrapolate_incompatible_pair(tmp_path, tiny_tokenizer, capsys):
     sft, aligned, _, _ = _vocab_pair(tmp_path, tiny_tokenizer)
-    code = _cli(
-        ["extrapolate", str(sft), str(aligned), "--alpha", "0.3", "-o", str(tmp_path / "o")]
-    )
+    code = cli("extrapolate", str(sft), str(aligned), "--alpha", "0.3", "-o", str(tmp_path / "o"))
     assert code == 1
     err = capsys.readouterr().err
     assert "vocabulary size differs" in err and "--vocab-policy copy-extra" in err
     assert "Traceback" not in err
-    code = _cli(
-        ["extrapolate", str(sft), str(aligned), "--alpha", "0.3", "-o", str(tmp_path / "o"),
-         "--vocab-policy", "copy-extra", "--no-progress"]
-    )  # fmt: skip
+    code = cli("extrapolate", str(sft), str(aligned), "--alpha", "0.3", "-o", str(tmp_path / "o"),
+         "--vocab-policy", "copy-extra", "--no-progress")  # fmt: skip
     assert code == 0
 
 

@@ -8,19 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from expo_batch.cli import main
 from tests import hubserver, tiny
+from tests.cli import cli
 
 hub_env = hubserver.hub_env
 fake_hub = hubserver.fake_hub
-
-
-def cli(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 @pytest.fixture

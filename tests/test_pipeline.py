@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from expo_batch.cli import main as cli_main
 from expo_batch.io import read_json, read_jsonl
 from expo_batch.layout import RunLayout
 from expo_batch.ledger import Ledger
 from tests import tiny
+from tests.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 N_PROMPTS = 6
@@ -71,14 +71,6 @@ def manifest(world: Path, name: str = "registry.yaml", alphas="[0.5, 1.0]", rm_b
     path = world / name
     path.write_text(MANIFEST.format(alphas=alphas, rm_batch=rm_batch))
     return path
-
-
-def cli(*args: str) -> int:
-    try:
-        cli_main(list(args))
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 def done_counts(run_dir: Path) -> Counter:

@@ -240,15 +240,8 @@ def test_build_reproduces_the_shipped_world(tmp_path):
 
 def test_bundled_example_runs_end_to_end(tmp_path, capsys):
     """The README's demo: the shipped registry through `expo-batch run`, then `report`."""
-    from expo_batch.cli import main
     from expo_batch.io import read_json
-
-    def cli(*args: str) -> int:
-        try:
-            main(list(args))
-        except SystemExit as e:
-            return int(e.code or 0)
-        return 0
+    from tests.cli import cli
 
     assert cli("run", str(WORLD / "registry.yaml"), "--output", str(tmp_path)) == 0
     run_dir = tmp_path / "tiny"
